@@ -17,7 +17,7 @@ from nuclei.models.weights import (
 )
 
 TINY = (16, 8, 8, 4, 4)
-SIZES = [(64, 64), (96, 64), (64, 160)]
+SIZES = [(64, 64), (96, 64), (128, 160)]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -58,7 +58,7 @@ def test_plain_unet_depth_4_and_class_count():
         PlainUnet(depth=3)
 
 
-@pytest.mark.parametrize("h,w", [(32, 32), (96, 64), (64, 160)])
+@pytest.mark.parametrize("h,w", [(32, 32), (96, 64), (128, 160), (224, 96)])
 def test_xception_stem_keeps_exact_stage_sizes(inception_se, h, w):
     # smp's XceptionEncoder sets the stem convs to padding 1; without it 64 -> 31 at /2.
     assert inception_se.encoder.conv1.padding == (1, 1)
@@ -191,10 +191,10 @@ def test_frozen_encoder_stays_fixed_and_unfreezing_trains_it(arch):
     assert count_params(model, trainable_only=True) == count_params(model)
 
 
-def test_unfrozen_encoder_is_trained_again():
-    # One variant suffices (encoder_frozen is the same code for all); Xception's backward is slow on CPU.
+@pytest.mark.parametrize("arch", ["xception_inception_se", "smp_xception_unet", "plain_unet"])
+def test_unfrozen_encoder_is_trained_again(arch):
     torch.manual_seed(0)
-    model = tiny("plain_unet")
+    model = tiny(arch)
     encoder_frozen(model, True)
     encoder_frozen(model, False)
     before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
@@ -214,6 +214,11 @@ def test_build_model_passes_options():
     model = tiny("xception_inception_se", classes=2, se_reduction=2)
     assert model.segmentation_head[0].out_channels == 2
     assert model.decoder.blocks[0].se.fc[0].out_features == 8  # 16 channels / 2
+    assert isinstance(model.decoder.blocks[0].inception.branch_pool[0], nn.MaxPool2d)
+    avg = tiny("xception_inception_se", inception_pool="avg")
+    assert isinstance(avg.decoder.blocks[0].inception.branch_pool[0], nn.AvgPool2d)
+    with pytest.raises(ConfigError, match="inception_pool"):
+        tiny("xception_inception_se", inception_pool="min")
     assert isinstance(smp_xception_unet(classes=1, decoder_channels=TINY).segmentation_head[0], nn.Conv2d)
     with pytest.raises(ConfigError, match="5 entries"):
         build_model({"arch": "smp_xception_unet", "decoder_channels": [8, 8]})

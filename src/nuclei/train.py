@@ -155,9 +155,9 @@ class FoldTrainer:
         optimizer = scheduler = None
         current_stage = None
         for epoch in range(start, self.total_epochs):
-            stage, stage_epoch = stage_of(epoch, self.tcfg["stages"])
+            stage = stage_of(epoch, self.tcfg["stages"])[0]
             if stage != current_stage:
-                optimizer, scheduler = self._start_stage(stage, stage_epoch)
+                optimizer, scheduler = self._start_stage(stage)
                 if saved is not None and saved.get("stage") == stage and saved.get("optimizer"):
                     optimizer.load_state_dict(saved["optimizer"])
                     scheduler.load_state_dict(saved["scheduler"])
@@ -170,15 +170,13 @@ class FoldTrainer:
                         ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)))
         return self.checkpoint
 
-    def _start_stage(self, stage: int, stage_epoch: int):
+    def _start_stage(self, stage: int):
         spec = self.tcfg["stages"][stage]
         encoder_frozen(self.model, bool(spec["freeze_encoder"]))
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=spec["lr"])
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=self.tcfg["lr_step"], gamma=self.tcfg["lr_gamma"])
-        for _ in range(stage_epoch):  # a resumed stage starts at its decayed learning rate
-            scheduler.step()
-        return optimizer, scheduler
+        return optimizer, scheduler  # a stage resumed midway gets its decayed state from the checkpoint
 
     def _epoch(self, epoch: int, train_loader, val_loader, optimizer) -> dict:
         started = time.perf_counter()

@@ -18,8 +18,11 @@ ARCHS = ("xception_inception_se", "smp_xception_unet", "plain_unet")
 
 
 def build_model(cfg: dict[str, Any]) -> nn.Module:
-    """Model from {"arch", "encoder_weights", "decoder_channels", "activation", "se_reduction", "classes",
-    "plain_base", "plain_depth"}; keys other than "arch" are optional and default as in the model classes."""
+    """Model from the `model` config section.
+
+    Keys: "arch" (required), "encoder_weights", "decoder_channels", "activation", "se_reduction",
+    "inception_pool", "classes", "plain_base", "plain_depth"; missing ones default as in the model classes.
+    """
     arch = cfg.get("arch")
     if arch not in ARCHS:
         raise ConfigError(f"model.arch: unknown architecture {arch!r}; valid ones are {', '.join(ARCHS)}")
@@ -49,6 +52,9 @@ def build_model(cfg: dict[str, Any]) -> nn.Module:
         )
     if arch == "smp_xception_unet":
         return smp_xception_unet(weights, classes=classes, decoder_channels=decoder_channels)
+    pool = cfg.get("inception_pool", "max")
+    if pool not in ("max", "avg"):
+        raise ConfigError(f"model.inception_pool: expected 'max' or 'avg', got {pool!r}")
     if min(decoder_channels) < 4:
         raise ConfigError(
             "model.decoder_channels: each must be >= 4 (one channel per inception branch), "
@@ -60,4 +66,5 @@ def build_model(cfg: dict[str, Any]) -> nn.Module:
         decoder_channels=decoder_channels,
         activation=activation,
         se_reduction=int(cfg.get("se_reduction", 16)),
+        inception_pool=pool,
     )

@@ -41,16 +41,17 @@ class InceptionModule(nn.Module):
 
     The 3x3 and "5x5" branches start with a 1x1 reduction to their own width, as in GoogLeNet, so the
     module costs about one 1x1 conv over the input: this keeps the decoder cheap at the /2 and /1 stages.
+    The three 1x1 convs that read the input (the 1x1 branch and both reductions) run as one conv whose
+    output is split: the same maths (BN and activation are per channel), one pass over the input.
     """
 
     def __init__(self, in_channels: int, out_channels: int, act: str = "relu", pool: str = "max"):
         super().__init__()
-        w1, w3, w5, wp = split_channels(out_channels)
-        self.branch1x1 = ConvBNAct(in_channels, w1, 1, act)
-        self.branch3x3 = nn.Sequential(ConvBNAct(in_channels, w3, 1, act), ConvBNAct(w3, w3, 3, act))
-        self.branch5x5 = nn.Sequential(
-            ConvBNAct(in_channels, w5, 1, act), ConvBNAct(w5, w5, 3, act), ConvBNAct(w5, w5, 3, act)
-        )
+        self.widths = split_channels(out_channels)
+        w1, w3, w5, wp = self.widths
+        self.pointwise = ConvBNAct(in_channels, w1 + w3 + w5, 1, act)
+        self.branch3x3 = ConvBNAct(w3, w3, 3, act)
+        self.branch5x5 = nn.Sequential(ConvBNAct(w5, w5, 3, act), ConvBNAct(w5, w5, 3, act))
         if pool == "max":
             pooling: nn.Module = nn.MaxPool2d(3, stride=1, padding=1)
         elif pool == "avg":
@@ -61,8 +62,9 @@ class InceptionModule(nn.Module):
         self.out_channels = out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        branches = (self.branch1x1, self.branch3x3, self.branch5x5, self.branch_pool)
-        return torch.cat([branch(x) for branch in branches], dim=1)
+        branch1x1, reduced3x3, reduced5x5 = torch.split(self.pointwise(x), self.widths[:3], dim=1)
+        branches = [branch1x1, self.branch3x3(reduced3x3), self.branch5x5(reduced5x5), self.branch_pool(x)]
+        return torch.cat(branches, dim=1)
 
 
 class SEBlock(nn.Module):
@@ -93,6 +95,7 @@ class InceptionSEUpBlock(nn.Module):
         out_channels: int,
         act: str = "relu",
         reduction: int = 16,
+        pool: str = "max",
     ):
         super().__init__()
         self.up = nn.Sequential(
@@ -100,7 +103,7 @@ class InceptionSEUpBlock(nn.Module):
             nn.BatchNorm2d(out_channels),
             activation(act),
         )
-        self.inception = InceptionModule(out_channels + skip_channels, out_channels, act)
+        self.inception = InceptionModule(out_channels + skip_channels, out_channels, act, pool)
         self.se = SEBlock(out_channels, reduction, act)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:

@@ -43,6 +43,7 @@ class InceptionSEDecoder(nn.Module):
         decoder_channels: Sequence[int] = DEFAULT_DECODER_CHANNELS,
         act: str = "relu",
         reduction: int = 16,
+        pool: str = "max",
     ):
         super().__init__()
         # encoder_channels[0] is the input image itself: never a skip, as in smp's UnetDecoder.
@@ -55,7 +56,7 @@ class InceptionSEDecoder(nn.Module):
         in_channels = [deep_to_shallow[0], *decoder_channels[:-1]]
         skip_channels = [*deep_to_shallow[1:], 0]
         self.blocks = nn.ModuleList(
-            InceptionSEUpBlock(c_in, c_skip, c_out, act, reduction)
+            InceptionSEUpBlock(c_in, c_skip, c_out, act, reduction, pool)
             for c_in, c_skip, c_out in zip(in_channels, skip_channels, decoder_channels)
         )
 
@@ -78,13 +79,16 @@ class XceptionInceptionSEUnet(SegmentationModel):
         decoder_channels: Sequence[int] = DEFAULT_DECODER_CHANNELS,
         activation: str = "relu",
         se_reduction: int = 16,
+        inception_pool: str = "max",
     ):
         super().__init__()
         # Built without weights, then loaded by our loader: one path for "imagenet" and local files,
         # with a clear message when the hub is unreachable.
         self.encoder = get_encoder("xception", in_channels=3, depth=5, weights=None)
         load_encoder_weights(self.encoder, encoder_weights)
-        self.decoder = InceptionSEDecoder(self.encoder.out_channels, decoder_channels, activation, se_reduction)
+        self.decoder = InceptionSEDecoder(
+            self.encoder.out_channels, decoder_channels, activation, se_reduction, inception_pool
+        )
         self.segmentation_head = SegmentationHead(decoder_channels[-1], classes, kernel_size=3)
         self.classification_head = None
         self.initialize()
