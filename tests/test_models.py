@@ -74,8 +74,9 @@ def test_inputs_not_divisible_by_32_are_rejected(inception_se):
 
 
 @pytest.mark.parametrize("out_channels", [4, 7, 16, 30])
-def test_inception_module_output_channels(out_channels):
-    module = InceptionModule(5, out_channels, "relu")
+@pytest.mark.parametrize("pool", ["max", "avg"])
+def test_inception_module_output_channels(out_channels, pool):
+    module = InceptionModule(5, out_channels, "relu", pool)
     assert module(torch.randn(2, 5, 9, 11)).shape == (2, out_channels, 9, 11)
 
 

@@ -44,7 +44,9 @@ DEFAULTS: dict[str, Any] = {
         "activation": "selu",  # selu | elu | relu
         "se_reduction": 16,
         "classes": 3,
+        "inception_pool": "max",  # max | avg: the pooled branch of each Inception module
         "plain_base": 32,
+        "plain_depth": 5,
     },
     "input": {
         "normalisation": "rgb",  # rgb | gray_invert | hematoxylin | per_type

@@ -42,19 +42,22 @@ def _imread(path: Path) -> np.ndarray:
 
 def to_rgb_uint8(image: np.ndarray, path: Path | str = "<array>") -> np.ndarray:
     """Gray, gray+alpha, BGR, BGRA, 8 or 16 bit (as OpenCV decodes them) -> HxWx3 uint8 RGB."""
+    if image.ndim == 3 and image.shape[2] in (2, 4):
+        # Drop alpha first: DSB alphas are constant, and a 16-bit alpha of 65535 would swamp the stretch below.
+        image = image[..., :-1]
     if image.dtype == np.uint16:
         # Robust 16-bit -> 8-bit: a plain >> 8 turns dim 12-bit microscopy images black.
         lo, hi = np.percentile(image, (0.5, 99.9))
         image = np.clip((image.astype(np.float32) - lo) * 255.0 / max(hi - lo, 1.0), 0, 255).astype(np.uint8)
     elif image.dtype != np.uint8:
         raise DataError(f"{path}: unsupported pixel type {image.dtype}")
+    if image.ndim == 3 and image.shape[2] == 1:  # gray + alpha, alpha dropped above
+        image = image[..., 0]
     if image.ndim == 2:
         return np.repeat(image[..., None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] not in (2, 3, 4):
+    if image.ndim != 3 or image.shape[2] != 3:
         raise DataError(f"{path}: unsupported image shape {image.shape}")
-    if image.shape[2] == 2:  # gray + alpha: the alpha of DSB images is constant, drop it
-        return np.repeat(image[..., :1], 3, axis=2)
-    return cv2.cvtColor(image[..., :3], cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def read_kaggle_image(path: str | Path) -> np.ndarray:
@@ -83,8 +86,8 @@ def read_kaggle_label(masks_dir: str | Path, shape: tuple[int, int]) -> tuple[np
     next_id = 1
     for path in files:
         mask = _imread(path)
-        if mask.ndim == 3:
-            mask = mask.max(axis=2)
+        if mask.ndim == 3:  # a colour mask is on where any colour is; its alpha (often constant 255) says nothing
+            mask = mask[..., : 1 if mask.shape[2] == 2 else 3].max(axis=2)
         if mask.shape != tuple(shape):
             raise DataError(f"{path}: mask is {mask.shape[0]}x{mask.shape[1]} but its image is {shape[0]}x{shape[1]}")
         on = mask > 0
