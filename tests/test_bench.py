@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from conftest import write_synthetic_cache
 
 from nuclei.bench import OneThread, format_table, run_bench, synthetic_probs
@@ -15,9 +16,13 @@ from nuclei.config import load_config
 def tiny_cfg(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # bench.json goes to folds/<experiment>/ under the working directory
     write_synthetic_cache(tmp_path / "cache" / "stage1_train", n_images=6, size=(96, 96))
-    return load_config(None, ["experiment=tiny", "model.arch=plain_unet", "model.plain_base=8",
+    # One torch thread: on a shared 2-core machine two threads wait on each other and the smp step takes 3x longer.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield load_config(None, ["experiment=tiny", "model.arch=plain_unet", "model.plain_base=8",
                               "model.activation=relu", "train.device=cpu", "train.workers=0",
                               f"data.cache={tmp_path / 'cache'}"])
+    torch.set_num_threads(threads)
 
 
 def _args(what):
@@ -80,8 +85,6 @@ def test_synthetic_probs_are_blurred_targets():
 
 
 def test_one_thread_limits_and_restores_torch_threads():
-    import torch
-
     before = torch.get_num_threads()
     with OneThread() as threads:
         assert torch.get_num_threads() == 1

@@ -274,7 +274,7 @@ def bench_train(cfg: dict, batch_size: int, size: int, steps: int) -> list[Bench
 
 def bench_loader(cfg: dict, batch_size: int, steps: int, model_images_per_s: float | None = None,
                  model_size: int | None = None) -> list[BenchRow]:
-    """Images/s of the real training DataLoader (full augmentation, the config's workers) over the cached train split."""
+    """Images/s of the real training DataLoader (full augmentation, the config's workers) over the train cache."""
     root = _train_cache(cfg)
     if not (root / "index.csv").is_file():
         return _skip("loader", f"no cache at {root}: run `python -m nuclei prepare` first")
@@ -290,7 +290,7 @@ def bench_loader(cfg: dict, batch_size: int, steps: int, model_images_per_s: flo
             + (", after one warm-up epoch" if workers > 0 else ""))
     rows = [BenchRow("loader", "train loader images/s", rate, "img/s", note)]
     if model_images_per_s:
-        size_note = "" if model_size == crop else f"; model measured at {model_size}x{model_size}, crops are {crop}x{crop}"
+        size_note = "" if model_size == crop else f"; model at {model_size}x{model_size}, crops {crop}x{crop}"
         rows.append(BenchRow("loader", "ratio loader / config model training", rate / model_images_per_s, "x",
                              "target >= 1" + size_note))
     return rows
@@ -305,11 +305,9 @@ def bench_infer(cfg: dict, size: int = INFER_SIZE) -> list[BenchRow]:
     model = build_model(cfg["model"])
     logger.info("infer: %d image(s) of %dx%d, 8x TTA", n_images, size, size)
     rate = infer_speed(model, size, n_images, 8, device, amp, cfg["infer"]["batch_size"], warmup)
-    folds = len(cfg["folds"]["run"] or range(cfg["folds"]["k"]))
     note = f"{size}x{size}, tta 8, {'bf16' if amp else 'fp32'}, {n_images} image(s) after {warmup} warm-up"
     return [BenchRow("infer", "images/s per fold model", rate, "img/s", note),
-            BenchRow("infer", f"stage1_test ({POSTPROCESS_IMAGES} images) x {folds} folds, estimate",
-                     POSTPROCESS_IMAGES * folds / rate, "s", "at this size; most test images are smaller")]
+            BenchRow("infer", "seconds per image per fold model", 1.0 / rate, "s")]
 
 
 def postprocess_inputs(cfg: dict, n_images: int = POSTPROCESS_IMAGES) -> tuple[list[str], list[np.ndarray], str] | None:
@@ -355,8 +353,8 @@ def bench_postprocess(cfg: dict) -> list[BenchRow]:
         total = time.perf_counter() - started
     rows.append(BenchRow("postprocess", "probabilities -> labels -> validated CSV", total, "s",
                          f"{len(ids)} images, {params.method}; target < 10 s for stage1_test on one core"))
-    note = ("torch and OpenCV limited to 1 thread; BLAS/OpenMP pools cannot be resized in-process "
-            "(threadpoolctl absent): CPU/wall near 1 means one core was used")
+    note = ("torch and OpenCV on 1 thread (BLAS pools cannot be resized in-process); "
+            "> 1: more than one core was used, < 1: waited for a core")
     rows.append(BenchRow("postprocess", "CPU time / wall time", threads.cpu_per_wall, "x", note))
     return [BenchRow("postprocess", "input", float(len(ids)), "images", source), *rows]
 
@@ -387,16 +385,24 @@ def bench_prepare(cfg: dict) -> list[BenchRow]:
 
 
 def _format(value: float | None) -> str:
-    if value is None:
+    if value is None or not math.isfinite(value):
         return "-"
-    if abs(value) >= 100:
+    if abs(value) >= 100 or float(value).is_integer():
         return f"{value:.0f}"
-    return f"{value:.2f}" if abs(value) >= 1 else f"{value:.3f}"
+    return f"{value:.2f}" if abs(value) >= 1 else f"{value:.3g}"
 
 
 def format_table(table: pd.DataFrame) -> str:
-    shown = table.assign(value=[_format(v) for v in table["value"]])
-    return shown.to_string(index=False, justify="left")
+    """Plain text table: text columns left-aligned, values right-aligned."""
+    cells = [[str(r.section), str(r.metric), _format(r.value), str(r.unit), str(r.note)] for r in table.itertuples()]
+    header = list(table.columns)
+    widths = [max(len(row[i]) for row in [header, *cells]) for i in range(len(header))]
+
+    def line(row: list[str]) -> str:
+        padded = (cell.rjust(w) if i == 2 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+        return "  ".join(padded).rstrip()
+
+    return "\n".join(line(row) for row in [header, *cells])
 
 
 def run_bench(cfg: dict, args: argparse.Namespace) -> pd.DataFrame:

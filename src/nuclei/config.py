@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,14 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML follows YAML 1.1, where `1e-4` (no dot) is a string: read it as the float everyone means."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+                              list("-+.0123456789"))
+
+
 def _merge(base: dict, update: dict, where: str) -> dict:
     out = copy.deepcopy(base)
     for key, value in (update or {}).items():
@@ -138,7 +147,7 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override '{text}' must look like section.key=value")
     key, value = text.split("=", 1)
-    return key.split("."), yaml.safe_load(value)
+    return key.split("."), yaml.load(value, Loader=_Loader)
 
 
 def _validate(cfg: dict, where: str) -> None:
@@ -168,7 +177,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
     user: dict = {}
     if path:
         try:
-            user = yaml.safe_load(Path(path).read_text()) or {}
+            user = yaml.load(Path(path).read_text(), Loader=_Loader) or {}
         except FileNotFoundError as err:
             raise ConfigError(f"{path}: config file not found") from err
         except yaml.YAMLError as err:

@@ -26,7 +26,7 @@ from .infer import predict_probs
 from .metric import image_precision
 from .oof import amp_dtype, experiment_dir, image_input, resolve_params
 from .postprocess import PostprocessParams, labels_from_probs, params_for_type
-from .rescale import estimate_diameter, predict_rescaled, resolve_target_diameter
+from .rescale import estimate_diameter, rescaled_prediction, resolve_target_diameter
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,8 @@ PER_IMAGE_COLUMNS = ["source", "image", "type", "height", "width", "n_true", "n_
                      "pred_diameter", "score"]
 TABLE_COLUMNS = ["source", "type", "n_images", "map"]
 
-LabelFn = Callable[[np.ndarray, str], np.ndarray]  # (HxWx3 uint8 image, imaging type) -> HxW labels
+# (HxWx3 uint8 image, imaging type) -> HxW labels, or (labels, {column: value}) to add columns to the row
+LabelFn = Callable[[np.ndarray, str], "np.ndarray | tuple[np.ndarray, dict]"]
 
 
 def sample_type(sample: Sample) -> str:
@@ -48,14 +49,15 @@ def _n_objects(label: np.ndarray) -> int:
 
 
 def score_samples(samples: Iterable[Sample], predict_label_fn: LabelFn, total: int | None = None) -> pd.DataFrame:
-    """One row per image (PER_IMAGE_COLUMNS): `predict_label_fn(image, type)` against the sample's label.
-
-    The function sees the image and its type only, never the label.
+    """One row per image (PER_IMAGE_COLUMNS, then any extra columns the function returns):
+    `predict_label_fn(image, type)` against the sample's label. The function sees the image and its type only.
     """
     rows = []
     for sample in tqdm(samples, desc="evaluate", unit="img", total=total):
         kind = sample_type(sample)
-        pred = np.asarray(predict_label_fn(sample.image, kind))
+        result = predict_label_fn(sample.image, kind)
+        pred, extra = result if isinstance(result, tuple) else (result, {})
+        pred = np.asarray(pred)
         if pred.shape != sample.label.shape:
             raise DataError(f"{sample.source}/{sample.source_image}: predicted labels are {pred.shape}, "
                             f"the true labels {sample.label.shape}")
@@ -64,9 +66,10 @@ def score_samples(samples: Iterable[Sample], predict_label_fn: LabelFn, total: i
             "height": sample.label.shape[0], "width": sample.label.shape[1],
             "n_true": _n_objects(sample.label), "n_pred": _n_objects(pred),
             "true_diameter": estimate_diameter(sample.label), "pred_diameter": estimate_diameter(pred),
-            "score": image_precision(sample.label, pred),
+            "score": image_precision(sample.label, pred), **extra,
         })
-    return pd.DataFrame(rows, columns=PER_IMAGE_COLUMNS)
+    extra_columns = list(dict.fromkeys(k for row in rows for k in row if k not in PER_IMAGE_COLUMNS))
+    return pd.DataFrame(rows, columns=PER_IMAGE_COLUMNS + extra_columns)
 
 
 def summarise(per_image: pd.DataFrame) -> pd.DataFrame:
@@ -91,8 +94,9 @@ def model_label_fn(models, saved_input: dict, device, global_params: Postprocess
                    params_by_type: dict[str, PostprocessParams], tta: int = 8, scales=(1.0,),
                    amp=None, target_diameter: float | None = None) -> LabelFn:
     """Fold-averaged prediction + post-processing for one image, with the two-pass size rescale when
-    `target_diameter` is given. Images are normalised as the checkpoints were trained (`saved_input`)."""
-    def label_fn(image: np.ndarray, kind: str) -> np.ndarray:
+    `target_diameter` is given (it then also reports the first-pass diameter and the factor used).
+    Images are normalised as the checkpoints were trained (`saved_input`)."""
+    def label_fn(image: np.ndarray, kind: str):
         params = params_for_type(params_by_type, kind, global_params)
 
         def predict(pixels: np.ndarray) -> np.ndarray:
@@ -104,7 +108,8 @@ def model_label_fn(models, saved_input: dict, device, global_params: Postprocess
 
         if target_diameter is None:
             return postprocess(predict(image))
-        return predict_rescaled(predict, postprocess, image, target_diameter)
+        result = rescaled_prediction(predict, postprocess, image, target_diameter)
+        return result.label, {"first_pass_diameter": result.diameter, "rescale_factor": result.factor}
 
     return label_fn
 

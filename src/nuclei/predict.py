@@ -19,6 +19,7 @@ from .infer import average_probs, load_probs, predict_probs, save_probs
 from .oof import amp_dtype, experiment_dir, image_input, resolve_params
 from .plots import plot_overlay
 from .postprocess import labels_from_probs, params_for_type
+from .rescale import predict_rescaled, predict_rescaled_probs, resolve_target_diameter
 from .submission import write_submission
 from .train import resolve_device
 
@@ -44,6 +45,11 @@ def _predict(models, saved_input: dict, image: np.ndarray, kind: str, cfg: dict,
                          amp_dtype=amp_dtype(cfg, device))
 
 
+def _predict_fn(models, saved_input: dict, kind: str, cfg: dict, device):
+    """image (uint8 HxWx3, any size) -> fold-averaged probabilities, for the two-pass size rescale."""
+    return lambda image: _predict(models, saved_input, image, kind, cfg, device)
+
+
 def predict_test(cfg: dict) -> Path:
     """Fold-averaged probabilities of every test image as float16 files; images already done are skipped."""
     exp_dir = experiment_dir(cfg)
@@ -54,9 +60,18 @@ def predict_test(cfg: dict) -> Path:
         device = resolve_device(cfg["train"]["device"])
         models, saved_input = fold_models(cfg, exp_dir, device)
         kinds = cache.index.set_index("image_id")["type"]
+        # The rescale's first pass needs labels to measure nuclei; probabilities are stored at the original size.
+        target = resolve_target_diameter(cfg) if cfg["infer"]["size_rescale"] else None
+        global_params, by_type = resolve_params(cfg, exp_dir)
         for image_id in tqdm(todo, desc="predict test", unit="img"):
-            save_probs(out_dir / f"{image_id}.npy", _predict(models, saved_input, cache.image(image_id),
-                                                             kinds[image_id], cfg, device))
+            kind, image = kinds[image_id], cache.image(image_id)
+            predict = _predict_fn(models, saved_input, kind, cfg, device)
+            if target is None:
+                probs = predict(image)
+            else:
+                params = params_for_type(by_type, kind, global_params)
+                probs = predict_rescaled_probs(predict, lambda p: labels_from_probs(p, params), image, target)
+            save_probs(out_dir / f"{image_id}.npy", probs)
     return out_dir
 
 
@@ -99,12 +114,17 @@ def predict_folder(cfg: dict, input_dir: Path, output_dir: Path) -> list[Path]:
     device = resolve_device(cfg["train"]["device"])
     models, saved_input = fold_models(cfg, experiment_dir(cfg), device)
     global_params, by_type = resolve_params(cfg, experiment_dir(cfg))
+    target = resolve_target_diameter(cfg) if cfg["infer"]["size_rescale"] else None
     written = []
     for path in tqdm(files, desc="predict folder", unit="img"):
         image = read_kaggle_image(path)
         kind = image_type(image)
-        label = labels_from_probs(_predict(models, saved_input, image, kind, cfg, device),
-                                  params_for_type(by_type, kind, global_params))
+        params = params_for_type(by_type, kind, global_params)
+        predict = _predict_fn(models, saved_input, kind, cfg, device)
+        if target is None:
+            label = labels_from_probs(predict(image), params)
+        else:  # labels come back from the rescaled pass (keeps small nuclei; see rescale.py)
+            label = predict_rescaled(predict, lambda p: labels_from_probs(p, params), image, target)
         write_label(Path(output_dir) / f"{path.stem}_labels.png", label)
         written.append(plot_overlay(image, label, Path(output_dir) / f"{path.stem}_overlay.png", title=path.stem))
     return written

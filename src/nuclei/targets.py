@@ -42,4 +42,9 @@ def make_targets(label: np.ndarray, erosion_depth: float = 2.0, touching_size: i
     label = np.asarray(label, np.int32)
     touching = touching_borders(label, touching_size)
     borderless = borderless_nuclei(label, erosion_depth) & ~touching
+    # A nucleus made only of border pixels (a 1-2 px one pressed against another) keeps itself as its core,
+    # so every nucleus has a marker.
+    lost = np.setdiff1d(np.unique(label[label > 0]), np.unique(label[borderless]))
+    if lost.size:
+        borderless |= np.isin(label, lost)
     return np.stack([label > 0, borderless, touching]).astype(np.uint8)
