@@ -59,9 +59,16 @@ class CropDataset(Dataset):
 
 
 def seed_worker(worker_id: int) -> None:
-    """Give each DataLoader worker its own numpy/random seed derived from torch's, so runs repeat."""
+    """Give each DataLoader worker its own seeds derived from torch's (the loader's generator), so runs repeat.
+
+    Albumentations 2 keeps its own generator in each Compose, which workers would otherwise all copy.
+    """
     import random
 
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+    info = torch.utils.data.get_worker_info()
+    augment = getattr(info.dataset, "augment", None) if info is not None else None
+    if augment is not None and hasattr(augment, "set_random_seed"):
+        augment.set_random_seed(seed)

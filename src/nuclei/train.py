@@ -96,7 +96,9 @@ def v9_samples(cfg: dict, fold: int) -> list[Sample]:
 def make_loaders(cfg: dict, train: list[Sample], val: list[Sample], seed: int):
     normaliser = normaliser_from_config(cfg, *input_stats(cfg))
     tcfg = cfg["train"]
-    train_set = CropDataset(train, build_train_augment(cfg["augment"]), normaliser, cfg["targets"])
+    augment = build_train_augment(cfg["augment"])
+    augment.set_random_seed(seed)  # workers reseed it from the loader's generator (dataset.seed_worker)
+    train_set = CropDataset(train, augment, normaliser, cfg["targets"])
     generator = torch.Generator().manual_seed(seed)
     sampler = WeightedRandomSampler([s.weight for s in train], tcfg["crops_per_epoch"], replacement=True,
                                     generator=generator)
