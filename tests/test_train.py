@@ -105,3 +105,39 @@ def test_two_runs_of_one_config_are_identical(workdir):
         FoldTrainer(cfg, 0, Path(f"folds/{name}")).run()
         logs.append(pd.read_csv(f"folds/{name}/log_fold0.csv").drop(columns="seconds"))
     pd.testing.assert_frame_equal(logs[0], logs[1])
+
+
+def test_v1_plus_v9_split_never_trains_on_held_out_images(tmp_path, monkeypatch):
+    """Leakage guard end to end: crops of a held-out V1 image never reach the training samples of that fold."""
+    from test_v9 import write_folder_source, write_kaggle_train
+
+    from nuclei.data.cache import CachedDataset
+    from nuclei.data.prepare import prepare_split
+    from nuclei.data.v9 import build_v9
+    from nuclei.train import split_samples
+
+    ids = [f"img{i}" for i in range(6)]
+    write_kaggle_train(tmp_path / "raw", ids)
+    write_folder_source(tmp_path / "external", 2)
+    monkeypatch.chdir(tmp_path)
+    prepare_split("raw", "stage1_train", "cache", workers=1)
+    folds = stratified_folds(ids, ["fluorescence"] * 6, k=2)
+    write_folds("folds/folds.csv", folds)
+    sources = [{"kind": "kaggle", "path": "raw", "name": "kaggle", "weight": 0.5},
+               {"kind": "folder", "path": "external", "name": "ext", "weight": 0.5}]
+    build_v9(sources, "cache/v9", crop_size=128, stride=128, min_foreground=0.0, folds=folds, n_folds=2)
+    cfg = load_config(None, ["data.dataset=v1+v9", "data.cache=cache", "folds.k=2"])
+    cfg["data"]["v9"]["sources"] = sources
+    v9_index = CachedDataset("cache/v9").index.set_index("image_id")
+    fold_of = dict(zip(folds["image_id"], folds["fold"]))
+    for held_out in (0, 1):
+        train, val = split_samples(cfg, held_out)
+        held_ids = {i for i, f in fold_of.items() if f == held_out}
+        assert {s.image_id for s in val} == held_ids
+        v1 = [s for s in train if s.source == "v1"]
+        crops = [s for s in train if s.source != "v1"]
+        assert {s.image_id for s in v1} == set(ids) - held_ids
+        assert crops and {s.source for s in crops} == {"kaggle", "ext"}
+        kaggle_parents = {v9_index.loc[s.image_id, "source_image"] for s in crops if s.source == "kaggle"}
+        assert kaggle_parents and not kaggle_parents & held_ids
+        assert (v9_index.loc[[s.image_id for s in crops], "fold"] != held_out).all()
