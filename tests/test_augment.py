@@ -8,7 +8,7 @@ from conftest import draw_nuclei
 from nuclei.augment import build_train_augment, build_val_crop, colour_transforms, geometric_transforms
 from nuclei.config import DEFAULTS
 
-SWITCHES = [k for k in DEFAULTS["augment"] if k not in ("crop_size", "resize_256")]
+SWITCHES = [k for k in DEFAULTS["augment"] if k not in ("crop_size", "resize_256", "by_type")]
 
 
 def sample(size=(96, 112), seed=0):
@@ -103,3 +103,19 @@ def test_val_crop_is_deterministic_and_centred():
     first, second = crop(image=image, mask=label), crop(image=image, mask=label)
     np.testing.assert_array_equal(first["image"], second["image"])
     np.testing.assert_array_equal(first["mask"], label[18:82, 28:92])
+
+
+def test_per_type_pipelines_apply_by_image_type():
+    from nuclei.augment import build_augment
+    from nuclei.errors import ConfigError
+
+    aug = settings(64, by_type={"histology": {"invert": 1.0}})
+    augment = build_augment(aug)
+    augment.set_random_seed(0)
+    image, label = sample(size=(64, 64))
+    plain = augment(kind="fluorescence", image=image, mask=label)["image"]
+    inverted = augment(kind="histology", image=image, mask=label)["image"]
+    np.testing.assert_array_equal(plain, image)
+    np.testing.assert_array_equal(inverted, 255 - image)
+    with pytest.raises(ConfigError, match="unknown key 'nope'"):
+        build_augment(settings(64, by_type={"histology": {"nope": 1.0}}))

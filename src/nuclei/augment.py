@@ -9,6 +9,8 @@ from __future__ import annotations
 import cv2
 import albumentations as A
 
+from .errors import ConfigError
+
 REFLECT = cv2.BORDER_REFLECT_101
 
 
@@ -62,6 +64,38 @@ def colour_transforms(aug: dict) -> list:
 def build_train_augment(aug: dict) -> A.Compose:
     """Crop first, so every later transform works on a crop-sized array (the cheap order)."""
     return A.Compose(crop_transforms(aug) + geometric_transforms(aug) + colour_transforms(aug))
+
+
+def merge_overrides(aug: dict, overrides: dict, kind: str) -> dict:
+    """The augment section with one image type's overrides (`augment.by_type.<kind>`) laid over it."""
+    merged = {k: v for k, v in aug.items() if k != "by_type"}
+    for key, value in overrides.items():
+        if key not in merged or key == "by_type":
+            raise ConfigError(f"augment.by_type.{kind}: unknown key '{key}'")
+        merged[key] = {**merged[key], **value} if isinstance(merged[key], dict) and isinstance(value, dict) else value
+    return merged
+
+
+class TypeAugment:
+    """One pipeline per image type (stain and colour strength may depend on the type), and a default one."""
+
+    def __init__(self, default: A.Compose, by_type: dict[str, A.Compose] | None = None):
+        self.default = default
+        self.by_type = by_type or {}
+
+    def __call__(self, kind: str | None = None, **data):
+        return self.by_type.get(kind, self.default)(**data)
+
+    def set_random_seed(self, seed: int) -> None:
+        for offset, pipeline in enumerate([self.default, *self.by_type.values()]):
+            pipeline.set_random_seed(seed + offset)
+
+
+def build_augment(aug: dict) -> TypeAugment:
+    by_type = aug.get("by_type") or {}
+    base = {k: v for k, v in aug.items() if k != "by_type"}
+    return TypeAugment(build_train_augment(base),
+                       {kind: build_train_augment(merge_overrides(base, over or {}, kind)) for kind, over in by_type.items()})
 
 
 def build_val_crop(size: int) -> A.Compose:

@@ -76,6 +76,8 @@ DEFAULTS: dict[str, Any] = {
         "hue_saturation": 0.0,
         "gamma": 0.0,
         "he_stain": 0.0,
+        # Per image type overrides of any key above, e.g. {histology: {he_stain: 0.5, hue_saturation: 0.3}}.
+        "by_type": {},
     },
     "train": {
         "batch_size": 16,
@@ -134,7 +136,7 @@ def _merge(base: dict, update: dict, where: str) -> dict:
     for key, value in (update or {}).items():
         if key not in base:
             raise ConfigError(f"{where}: unknown key '{key}' (valid: {', '.join(sorted(base))})")
-        if isinstance(base[key], dict) and base[key] and key not in ("per_type", "grid"):
+        if isinstance(base[key], dict) and base[key] and key not in ("per_type", "grid", "by_type"):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}.{key}: expected a mapping, got {value!r}")
             out[key] = _merge(base[key], value, f"{where}.{key}")

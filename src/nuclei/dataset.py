@@ -53,7 +53,7 @@ class CropDataset(Dataset):
 
     def __getitem__(self, index: int):
         sample = self.samples[index]
-        out = self.augment(image=sample.image, mask=sample.label)
+        out = self.augment(kind=sample.kind, image=sample.image, mask=sample.label)
         targets = make_targets(out["mask"], self.targets_cfg["erosion_depth"], self.targets_cfg["touching_size"])
         return to_tensors(self.normaliser(out["image"], sample.kind), targets)
 

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from tqdm import tqdm
 
 from .atomic import atomic_write_text
-from .augment import build_train_augment, build_val_crop
+from .augment import TypeAugment, build_augment, build_val_crop
 from .checkpoint import git_commit, load_checkpoint, save_checkpoint
 from .data.cache import CachedDataset
 from .dataset import CropDataset, Sample, load_samples, seed_worker
@@ -96,7 +96,7 @@ def v9_samples(cfg: dict, fold: int) -> list[Sample]:
 def make_loaders(cfg: dict, train: list[Sample], val: list[Sample], seed: int):
     normaliser = normaliser_from_config(cfg, *input_stats(cfg))
     tcfg = cfg["train"]
-    augment = build_train_augment(cfg["augment"])
+    augment = build_augment(cfg["augment"])
     augment.set_random_seed(seed)  # workers reseed it from the loader's generator (dataset.seed_worker)
     train_set = CropDataset(train, augment, normaliser, cfg["targets"])
     generator = torch.Generator().manual_seed(seed)
@@ -107,7 +107,7 @@ def make_loaders(cfg: dict, train: list[Sample], val: list[Sample], seed: int):
                   pin_memory=torch.cuda.is_available())
     train_loader = DataLoader(train_set, batch_size=tcfg["batch_size"], sampler=sampler, drop_last=True,
                               generator=generator, **common)
-    val_set = CropDataset(val, build_val_crop(cfg["augment"]["crop_size"]), normaliser, cfg["targets"])
+    val_set = CropDataset(val, TypeAugment(build_val_crop(cfg["augment"]["crop_size"])), normaliser, cfg["targets"])
     val_loader = DataLoader(val_set, batch_size=tcfg["batch_size"], shuffle=False, **common)
     return train_loader, val_loader
 
