@@ -194,3 +194,29 @@ def test_real_ctc_frames_score_by_dataset(external_root):
     assert set(table.loc[table["type"] == ALL, "source"]) == {*datasets, ALL}
     shifted = score_samples(samples, lambda image, kind: np.roll(truth_fn(samples)(image, kind), 8, axis=1))
     assert (shifted["score"] < 1.0).all() and (shifted["n_pred"] == per_image["n_true"]).all()
+
+
+def test_external_oof_scores_each_image_with_its_own_held_out_fold(tmp_path, monkeypatch, one_thread):
+    from nuclei.data.external import read_source
+    from nuclei.data.v9 import group_fold
+    from nuclei.evaluate import external_oof
+
+    folder = write_label_folder(tmp_path / "external" / "synthetic", n_images=6, seed=3)
+    spec = {"kind": "folder", "path": str(folder), "name": "synth"}
+    cfg = load_config(None, ["experiment=ext", "model.arch=plain_unet", "model.plain_base=8", "model.activation=relu",
+                             "infer.tta=1", "train.device=cpu", "folds.k=2", "data.dataset=v1+v9", *POST_OVERRIDES])
+    cfg["data"]["v9"]["sources"] = [spec]
+    torch.manual_seed(0)
+    for fold in (0, 1):
+        save_checkpoint(tmp_path / "folds" / "ext" / f"fold{fold}.pt",
+                        {"model": build_model(cfg["model"]).state_dict(), "epoch": 0, "config": cfg,
+                         "input": {**cfg["input"], "mean": 0.5, "std": 0.5}})
+    monkeypatch.chdir(tmp_path)
+    table = external_oof(cfg, tmp_path / "folds" / "ext")
+    per_image = pd.read_csv(tmp_path / "folds" / "ext" / "oof_external.csv")
+    expected = {s.source_image: group_fold("synth", s.group or s.source_image, 2) for s in read_source(spec)}
+    assert len(per_image) == 6
+    assert dict(zip(per_image["image"].astype(str), per_image["fold"])) == expected
+    assert table.iloc[-1]["n_images"] == 6 and table["map"].between(0, 1).all()
+    cfg["data"]["dataset"] = "v1"
+    assert external_oof(cfg, tmp_path) is None

@@ -101,9 +101,14 @@ def _print_oof(result: dict) -> None:
 def cmd_oof(cfg, args) -> None:
     from .oof import predict_oof, score_oof
 
+    from .evaluate import external_oof
+
     exp_dir = _exp_dir(cfg)
     predict_oof(cfg, exp_dir)
     _print_oof(score_oof(cfg, exp_dir))
+    external = external_oof(cfg, exp_dir)  # external sources trained on, each image by its own held-out fold
+    if external is not None:
+        print("OOF on whole external images (folds by source image):", external.to_string(index=False), sep="\n")
 
 
 def cmd_tune(cfg, args) -> None:

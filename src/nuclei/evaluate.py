@@ -175,3 +175,43 @@ def evaluate_sources(cfg: dict, specs: list[dict], out_dir: Path, max_images: in
     logger.info("evaluated %d images from %d source(s): mAP %.4f", len(per_image), per_image["source"].nunique(),
                 per_image["score"].mean())
     return table
+
+
+def external_oof(cfg: dict, out_dir: Path) -> pd.DataFrame | None:
+    """OOF on the whole external images that V1+V9 training used: each image is scored only by the fold model
+    that never saw any crop of it (folds by source image, as `build_v9` assigned them). None without such sources."""
+    from .checkpoint import load_checkpoint, load_model
+    from .data.v9 import group_fold
+    from .train import resolve_device
+
+    specs = [s for s in cfg["data"]["v9"]["sources"] if s.get("kind") != "kaggle"]
+    if cfg["data"]["dataset"] == "v1" or not specs:
+        return None
+    exp_dir = experiment_dir(cfg)
+    device = resolve_device(cfg["train"]["device"])
+    global_params, by_type = resolve_params(cfg, exp_dir)
+    run, k = list(cfg["folds"]["run"] or range(cfg["folds"]["k"])), cfg["folds"]["k"]
+    buckets: dict[int, list[Sample]] = {fold: [] for fold in run}
+    for spec in specs:
+        for sample in read_source(spec):
+            fold = group_fold(sample.source, sample.group or sample.source_image, k)
+            if fold in buckets:
+                buckets[fold].append(sample)
+    frames = []
+    for fold, samples in buckets.items():
+        if not samples:
+            continue
+        checkpoint = exp_dir / f"fold{fold}.pt"
+        model, _ = load_model(checkpoint, device)
+        label_fn = model_label_fn([model], load_checkpoint(checkpoint)["input"], device, global_params, by_type,
+                                  tta=cfg["infer"]["tta"], scales=cfg["infer"]["scales"], amp=amp_dtype(cfg, device))
+        frames.append(score_samples(samples, label_fn).assign(fold=fold))
+    if not frames:
+        return None
+    per_image = pd.concat(frames, ignore_index=True)
+    table = summarise(per_image)
+    atomic_write_text(Path(out_dir) / "oof_external.csv", per_image.to_csv(index=False))
+    atomic_write_text(Path(out_dir) / "oof_external.json", json.dumps(
+        [{**row, "n_images": int(row["n_images"]), "map": _json_number(row["map"])} for row in table.to_dict("records")],
+        indent=2))
+    return table
