@@ -68,10 +68,15 @@ def plot_overlay(image: np.ndarray, label: np.ndarray, path: str | Path, title: 
 def plot_leaderboard(board: pd.DataFrame, path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(9, 4))
     times = pd.to_datetime(board["time"])
+    plotted = False
     for column in ("oof_map", "local_score", "public_score", "private_score"):
-        if column in board and board[column].notna().any():
-            ax.plot(times, board[column], marker="o", label=column)
+        if column in board and pd.to_numeric(board[column], errors="coerce").notna().any():
+            ax.plot(times, pd.to_numeric(board[column], errors="coerce"), marker="o", label=column)
+            plotted = True
     ax.set(xlabel="submission time", ylabel="mAP", title="submissions")
-    ax.legend()
+    if plotted:
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no scores yet", ha="center", va="center", transform=ax.transAxes)
     fig.autofmt_xdate()
     return _save(fig, path)
