@@ -93,3 +93,24 @@ def test_predict_any_folder_of_images(trained):
         label = cv2.imread(str(root / "out" / f"{stem}_labels.png"), cv2.IMREAD_UNCHANGED)
         assert label.shape == (45, 77)
         assert (root / "out" / f"{stem}_overlay.png").is_file()
+
+
+def test_same_size_batches_group_by_size_and_cap_the_count():
+    from nuclei.predict import same_size_batches
+
+    shapes = {"a": (256, 256), "b": (520, 696), "c": (256, 256), "d": (256, 256), "e": (520, 696)}
+    batches = same_size_batches(list(shapes), shapes, lambda h, w: 2 if h == 256 else 1)
+    assert sorted(map(sorted, batches)) == [["a", "c"], ["b"], ["d"], ["e"]]
+    assert all(len({shapes[i] for i in batch}) == 1 for batch in batches)
+
+
+def test_batched_prediction_equals_one_image_at_a_time():
+    from nuclei.infer import predict_probs, predict_probs_batch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 3, 3, padding=1))
+    rng = np.random.default_rng(0)
+    images = [rng.normal(size=(40, 70, 3)).astype(np.float32) for _ in range(3)]
+    together = predict_probs_batch([model], images, tta=8, max_batch=24)
+    for image, probs in zip(images, together):
+        np.testing.assert_allclose(probs, predict_probs([model], image, tta=8), atol=1e-5)

@@ -97,6 +97,7 @@ DEFAULTS: dict[str, Any] = {
         "seed": 42,
         "device": "auto",  # auto | cpu | cuda
     },
+    # batch_size: network inputs per forward pass, counted in 256x256 inputs (big images go fewer at a time).
     "infer": {"tta": 8, "scales": [1.0], "batch_size": 8, "size_rescale": False, "target_diameter": None},
     "postprocess": {
         "method": "watershed",  # watershed | random_walker

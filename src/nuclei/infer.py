@@ -134,18 +134,22 @@ def _forward_tta(
     max_batch: int,
     amp_dtype: torch.dtype | None,
 ) -> torch.Tensor:
-    """Mean over `transforms` of sigmoid(model(T(x))) mapped back by T^-1, for x of shape (3, H, W)."""
+    """Mean over `transforms` of sigmoid(model(T(x))) mapped back by T^-1, for x of shape (N, 3, H, W).
+
+    One forward pass holds at most `max_batch` inputs (images x variants), but always at least all N images.
+    """
     autocast = amp_dtype is not None and x.device.type == "cuda"
-    total = torch.zeros((3,) + tuple(x.shape[-2:]), dtype=torch.float32, device=x.device)
+    total = torch.zeros((x.shape[0], 3) + tuple(x.shape[-2:]), dtype=torch.float32, device=x.device)
+    per_forward = max(1, max_batch // x.shape[0])
     # Odd rotations swap H and W, so variants of different shapes go in separate batches.
     groups = [[k for k in transforms if k % 2 == parity] for parity in (0, 1)]
     for group in groups:
-        for start in range(0, len(group), max_batch):
-            chunk = group[start : start + max_batch]
-            batch = torch.stack([dihedral(x, k) for k in chunk])
+        for start in range(0, len(group), per_forward):
+            chunk = group[start : start + per_forward]
+            batch = torch.cat([dihedral(x, k) for k in chunk])
             with torch.autocast(x.device.type, dtype=amp_dtype, enabled=autocast):
                 logits = model(batch)
-            probs = torch.sigmoid(logits.float())
+            probs = torch.sigmoid(logits.float()).reshape(len(chunk), *total.shape[:2], *batch.shape[-2:])
             for k, prob in zip(chunk, probs):
                 total += dihedral_inverse(prob, k)
     return total / len(transforms)
@@ -153,22 +157,28 @@ def _forward_tta(
 
 def _predict_scale(
     model: nn.Module,
-    image: np.ndarray,
+    images: Sequence[np.ndarray],
     scale: float,
     transforms: Sequence[int],
     device: torch.device,
     max_batch: int,
     amp_dtype: torch.dtype | None,
-) -> np.ndarray:
-    """TTA-averaged probabilities of one model at one scale, back at the image's H x W."""
-    height, width = image.shape[:2]
+) -> list[np.ndarray]:
+    """TTA-averaged probabilities of one model at one scale for same-sized images, back at their H x W."""
+    height, width = images[0].shape[:2]
     scaled_h, scaled_w = max(1, round(height * scale)), max(1, round(width * scale))
-    scaled = _resize(image, scaled_h, scaled_w)
-    padded, pads = pad_to_multiple(scaled, 32)
-    x = torch.from_numpy(np.ascontiguousarray(padded.transpose(2, 0, 1))).to(device=device, dtype=torch.float32)
-    probs = crop_padding(_forward_tta(model, x, transforms, max_batch, amp_dtype), pads)
-    probs = probs.cpu().numpy().transpose(1, 2, 0)
-    return np.ascontiguousarray(_resize(probs, height, width).transpose(2, 0, 1))
+    padded = []
+    for image in images:
+        pad, pads = pad_to_multiple(_resize(image, scaled_h, scaled_w), 32)
+        padded.append(pad.transpose(2, 0, 1))
+    x = torch.from_numpy(np.ascontiguousarray(np.stack(padded))).to(device=device, dtype=torch.float32)
+    probs = crop_padding(_forward_tta(model, x, transforms, max_batch, amp_dtype), pads).cpu().numpy()
+    return [np.ascontiguousarray(_resize(p.transpose(1, 2, 0), height, width).transpose(2, 0, 1)) for p in probs]
+
+
+def inputs_per_forward(height: int, width: int, batch_size: int, reference: int = 256) -> int:
+    """How many network inputs of height x width fit the memory of `batch_size` inputs of reference x reference."""
+    return max(1, (batch_size * reference * reference) // max(1, height * width))
 
 
 def predict_probs(
@@ -188,15 +198,34 @@ def predict_probs(
     eval mode (their previous mode is restored); autocast with `amp_dtype` is used on CUDA only.
     `max_batch` caps how many TTA variants go through one forward pass.
     """
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must be H x W x 3, got shape {image.shape}")
+    return predict_probs_batch(models, [image], tta, scales, weights, device, amp_dtype, max_batch)[0]
+
+
+def predict_probs_batch(
+    models: Sequence[nn.Module],
+    images: Sequence[np.ndarray],
+    tta: int = 8,
+    scales: Sequence[float] = (1.0,),
+    weights: Sequence[float] | None = None,
+    device: str | torch.device = "cpu",
+    amp_dtype: torch.dtype | None = None,
+    max_batch: int = 8,
+) -> list[np.ndarray]:
+    """`predict_probs` for several images of one size, sharing forward passes (at most `max_batch` inputs each)."""
+    if not images:
+        return []
+    for image in images:
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"image must be H x W x 3, got shape {image.shape}")
+    if len({image.shape for image in images}) != 1:
+        raise ValueError(f"images of one batch must share a size, got {sorted({i.shape for i in images})}")
     if not models:
         raise ValueError("need at least one model")
     if not scales or min(scales) <= 0:
         raise ValueError(f"scales must be positive, got {list(scales)}")
     transforms = tta_transforms(tta)
     device = torch.device(device)
-    image = np.asarray(image, dtype=np.float32)
+    images = [np.asarray(image, dtype=np.float32) for image in images]
     per_model = []
     with torch.inference_mode():
         for model in models:
@@ -204,9 +233,9 @@ def predict_probs(
             model.to(device).eval()
             try:
                 per_scale = [
-                    _predict_scale(model, image, scale, transforms, device, max_batch, amp_dtype) for scale in scales
+                    _predict_scale(model, images, scale, transforms, device, max_batch, amp_dtype) for scale in scales
                 ]
             finally:
                 model.train(was_training)
-            per_model.append(average_probs(per_scale))
-    return average_probs(per_model, weights)
+            per_model.append([average_probs([s[i] for s in per_scale]) for i in range(len(images))])
+    return [average_probs([m[i] for m in per_model], weights) for i in range(len(images))]

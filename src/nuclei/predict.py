@@ -15,7 +15,7 @@ from .data.cache import CachedDataset, write_label
 from .data.kaggle import read_kaggle_image
 from .data.modality import image_type
 from .errors import DataError
-from .infer import average_probs, load_probs, predict_probs, save_probs
+from .infer import average_probs, inputs_per_forward, load_probs, predict_probs_batch, save_probs, tta_transforms
 from .oof import amp_dtype, experiment_dir, image_input, resolve_params
 from .plots import plot_overlay
 from .postprocess import labels_from_probs, params_for_type
@@ -39,10 +39,33 @@ def fold_models(cfg: dict, exp_dir: Path, device):
     return models, load_checkpoint(paths[0])["input"]
 
 
+def _max_batch(cfg: dict, height: int, width: int) -> int:
+    """Network inputs per forward pass: `infer.batch_size` counted in 256x256 inputs, so big images go fewer at a time."""
+    return inputs_per_forward(height + (-height % 32), width + (-width % 32), cfg["infer"]["batch_size"])
+
+
+def _predict_batch(models, saved_input: dict, images: list[np.ndarray], kinds: list[str], cfg: dict,
+                   device) -> list[np.ndarray]:
+    """Fold-averaged probabilities of same-sized images, which share forward passes."""
+    xs = [image_input(image, kind, saved_input) for image, kind in zip(images, kinds)]
+    return predict_probs_batch(models, xs, tta=cfg["infer"]["tta"], scales=cfg["infer"]["scales"], device=device,
+                               amp_dtype=amp_dtype(cfg, device), max_batch=_max_batch(cfg, *images[0].shape[:2]))
+
+
 def _predict(models, saved_input: dict, image: np.ndarray, kind: str, cfg: dict, device) -> np.ndarray:
-    x = image_input(image, kind, saved_input)
-    return predict_probs(models, x, tta=cfg["infer"]["tta"], scales=cfg["infer"]["scales"], device=device,
-                         amp_dtype=amp_dtype(cfg, device))
+    return _predict_batch(models, saved_input, [image], [kind], cfg, device)[0]
+
+
+def same_size_batches(ids: list[str], shapes: dict[str, tuple[int, int]], images_per_batch) -> list[list[str]]:
+    """Ids grouped by image size, each group cut into batches of `images_per_batch(height, width)` images."""
+    groups: dict[tuple[int, int], list[str]] = {}
+    for image_id in ids:
+        groups.setdefault(shapes[image_id], []).append(image_id)
+    batches = []
+    for (height, width), members in groups.items():
+        size = max(1, images_per_batch(height, width))
+        batches += [members[i:i + size] for i in range(0, len(members), size)]
+    return batches
 
 
 def _predict_fn(models, saved_input: dict, kind: str, cfg: dict, device):
@@ -63,15 +86,26 @@ def predict_test(cfg: dict) -> Path:
         # The rescale's first pass needs labels to measure nuclei; probabilities are stored at the original size.
         target = resolve_target_diameter(cfg) if cfg["infer"]["size_rescale"] else None
         global_params, by_type = resolve_params(cfg, exp_dir)
-        for image_id in tqdm(todo, desc="predict test", unit="img"):
-            kind, image = kinds[image_id], cache.image(image_id)
-            predict = _predict_fn(models, saved_input, kind, cfg, device)
+        if target is None:  # same-sized images share forward passes: all their TTA variants in one batch
+            index = cache.index.set_index("image_id")
+            shapes = {i: (int(index.at[i, "height"]), int(index.at[i, "width"])) for i in todo}
+            n_tta = len(tta_transforms(cfg["infer"]["tta"]))
+            batches = same_size_batches(todo, shapes, lambda h, w: _max_batch(cfg, h, w) // n_tta)
+        else:  # the two-pass rescale sizes each image its own way
+            batches = [[i] for i in todo]
+        progress = tqdm(total=len(todo), desc="predict test", unit="img")
+        for batch in batches:
+            images = [cache.image(i) for i in batch]
             if target is None:
-                probs = predict(image)
+                all_probs = _predict_batch(models, saved_input, images, [kinds[i] for i in batch], cfg, device)
             else:
-                params = params_for_type(by_type, kind, global_params)
-                probs = predict_rescaled_probs(predict, lambda p: labels_from_probs(p, params), image, target)
-            save_probs(out_dir / f"{image_id}.npy", probs)
+                kind, params = kinds[batch[0]], params_for_type(by_type, kinds[batch[0]], global_params)
+                predict = _predict_fn(models, saved_input, kind, cfg, device)
+                all_probs = [predict_rescaled_probs(predict, lambda p: labels_from_probs(p, params), images[0], target)]
+            for image_id, probs in zip(batch, all_probs):
+                save_probs(out_dir / f"{image_id}.npy", probs)
+            progress.update(len(batch))
+        progress.close()
     return out_dir
 
 
