@@ -140,3 +140,9 @@ def test_every_committed_config_loads(path):
     cfg = load_config(path)
     assert cfg["experiment"]
     assert set(cfg) == set(DEFAULTS)
+
+
+def test_dsb_data_sets_the_root_but_an_explicit_override_wins(monkeypatch):
+    monkeypatch.setenv("DSB_DATA", "/somewhere/dsb2018")
+    assert load_config(None)["data"]["root"] == "/somewhere/dsb2018"
+    assert load_config(None, ["data.root=raw"])["data"]["root"] == "raw"

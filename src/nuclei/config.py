@@ -188,6 +188,8 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
         if not isinstance(user, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
     cfg = _merge(DEFAULTS, user, where)
+    if os.environ.get("DSB_DATA"):  # where the data lies on this machine; an explicit --set still wins
+        cfg["data"]["root"] = os.environ["DSB_DATA"]
     for text in overrides or []:
         keys, value = _parse_override(text)
         patch: dict = value
@@ -196,8 +198,6 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
         cfg = _merge(cfg, patch, f"override {text}")
     if not cfg["experiment"]:
         cfg["experiment"] = Path(path).stem if path else "default"
-    if os.environ.get("DSB_DATA"):
-        cfg["data"]["root"] = os.environ["DSB_DATA"]
     _validate(cfg, where)
     return cfg
 
