@@ -14,7 +14,7 @@ from nuclei.config import load_config
 
 @pytest.fixture
 def tiny_cfg(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # bench.json goes to folds/<experiment>/ under the working directory
+    monkeypatch.chdir(tmp_path)  # bench_<what>.json goes to folds/<experiment>/ under the working directory
     write_synthetic_cache(tmp_path / "cache" / "stage1_train", n_images=6, size=(96, 96))
     # One torch thread: on a shared 2-core machine two threads wait on each other and the smp step takes 3x longer.
     threads = torch.get_num_threads()
@@ -46,7 +46,7 @@ def test_train_section_reports_both_models_and_their_ratio(tiny_cfg, tmp_path, c
     config_rate = values["config model (plain_unet) images/s"]
     smp_rate = values["smp.Unet('xception') images/s"]
     assert values["ratio config model / smp"] == pytest.approx(config_rate / smp_rate)
-    saved = json.loads((tmp_path / "folds" / "tiny" / "bench.json").read_text())
+    saved = json.loads((tmp_path / "folds" / "tiny" / "bench_train.json").read_text())
     assert saved["config"] == "tiny" and saved["what"] == "train" and saved["torch"] and saved["device"]
     assert [r["value"] for r in saved["rows"]] == pytest.approx(list(table["value"]))
     assert "ratio config model / smp" in capsys.readouterr().out
@@ -61,7 +61,7 @@ def test_postprocess_section_on_synthetic_probabilities(tiny_cfg, tmp_path):
         assert values[f"{method} p95"] >= values[f"{method} median"]
     note = table.loc[table["metric"] == "input", "note"].item()
     assert note.startswith("synthetic")
-    saved = json.loads((tmp_path / "folds" / "tiny" / "bench.json").read_text())
+    saved = json.loads((tmp_path / "folds" / "tiny" / "bench_postprocess.json").read_text())
     assert {r["section"] for r in saved["rows"]} == {"postprocess"}
 
 

@@ -1,7 +1,7 @@
 """Throughput benchmark (`python -m nuclei bench`): training, data loading, inference, post-processing, cache reads.
 
 Benchmarks print numbers, they assert nothing. One run prints one table and writes it, with the machine, torch
-version, date and config name, to `folds/<experiment>/bench.json`. The acceptance figures, measured on the GPU:
+version, date and config name, to `folds/<experiment>/bench_<what>.json`. The acceptance figures, measured on the GPU:
 config model / smp Xception U-Net training throughput >= 0.8; loader at least as fast as the model;
 watershed median < 30 ms per 256x256 image and the whole stage1_test post-processing + CSV < 10 s on one core.
 """
@@ -406,7 +406,7 @@ def format_table(table: pd.DataFrame) -> str:
 
 
 def run_bench(cfg: dict, args: argparse.Namespace) -> pd.DataFrame:
-    """Run the sections named by args.what ("all" or one of SECTIONS); print one table and write bench.json."""
+    """Run the sections named by args.what ("all" or one of SECTIONS); print one table and write bench_<what>.json."""
     what = SECTIONS if args.what == "all" else (args.what,)
     unknown = [w for w in what if w not in SECTIONS]
     if unknown:
@@ -437,7 +437,7 @@ def run_bench(cfg: dict, args: argparse.Namespace) -> pd.DataFrame:
         if row.value is not None and not math.isfinite(row.value):
             row.value = None
     table = pd.DataFrame([asdict(r) for r in rows], columns=[f for f in BenchRow.__dataclass_fields__])
-    out = experiment_dir(cfg) / "bench.json"
+    out = experiment_dir(cfg) / f"bench_{args.what}.json"  # one file per section set, so runs don't overwrite each other
     atomic_write_text(out, json.dumps({**meta, "rows": [asdict(r) for r in rows]}, indent=2))
     header = (f"bench {args.what}: config {meta['config']}, {meta['device']}, torch {meta['torch']}, {meta['date']}, "
               f"load average {meta['load_average_start']} -> {meta['load_average_end']}")
