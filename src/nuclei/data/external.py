@@ -23,6 +23,9 @@ from skimage.draw import polygon as draw_polygon
 from skimage.segmentation import relabel_sequential
 
 from ..errors import DataError
+from ..rle import rles_to_label
+from . import kaggle
+from .kaggle import imread
 
 logger = logging.getLogger(__name__)
 
@@ -69,19 +72,9 @@ def to_uint8_rgb(image: np.ndarray, path: Path | str = "<array>",
     return cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_BGR2RGB)
 
 
-def _imread(path: Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    data = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(data, flags) if data.size else None
-    if image is None:
-        raise DataError(f"{path}: not a readable image (corrupt, truncated or unsupported compression)")
-    return image
-
-
 def read_instance_label(path: Path) -> np.ndarray:
     """A single-channel instance label image -> int32 with ids relabelled 1..n."""
-    raw = _imread(path)
+    raw = imread(path)
     if raw.ndim == 3:
         if raw.shape[2] == 1 or all(np.array_equal(raw[..., 0], raw[..., k]) for k in range(1, raw.shape[2])):
             raw = raw[..., 0]
@@ -203,7 +196,7 @@ def read_monuseg(root: str | Path) -> Iterator[Sample]:
         if stem not in annotations:
             raise DataError(f"{image_path}: no annotation {stem}.xml found under {root}")
         # IMREAD_COLOR decodes LZW and PackBits TIFFs and drops any alpha; OpenCV gives BGR.
-        image = cv2.cvtColor(_imread(image_path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        image = cv2.cvtColor(imread(image_path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
         report = PolygonReport()
         label = rasterise_polygons(parse_aperio_xml(annotations[stem]), image.shape[:2], report)
         logger.debug("%s: %d regions, %d objects, %d overlapping (%d px), %d degenerate, %d empty",
@@ -260,7 +253,7 @@ def read_ctc(root: str | Path, percentiles: tuple[float, float] = CTC_PERCENTILE
                                    if (sequence / f"t{frame}{ext}").is_file()), sequence / f"t{frame}.tif")
                 if not image_path.is_file():
                     raise DataError(f"{seg_path}: annotated frame has no image {image_path}")
-                raw = _imread(image_path)
+                raw = imread(image_path)
                 if raw.ndim != 2:
                     raise DataError(f"{image_path}: expected a 2D single-channel frame, got shape {raw.shape}")
                 label = read_instance_label(seg_path)
@@ -310,7 +303,7 @@ def read_label_folder(root: str | Path, image_glob: str = "*", label_suffix: str
         label_path = _find_label(label_dir, image_path.stem, label_names)
         if label_path is None:
             raise DataError(f"{image_path}: no label image {image_path.stem}{label_suffix}.* in {label_dir}")
-        image = to_uint8_rgb(_imread(image_path), image_path)
+        image = to_uint8_rgb(imread(image_path), image_path)
         label = read_instance_label(label_path)
         if label.shape != image.shape[:2]:
             raise DataError(f"{label_path}: label is {label.shape} but image {image_path} is {image.shape[:2]}")
@@ -333,7 +326,6 @@ def read_kaggle(root: str | Path, split: str = "stage1_train",
     """DSB2018 images with labels: `split` with its per-nucleus masks, or (for a test split) the run-length
     encoded labels of the published solution CSV (ImageId, EncodedPixels, Height, Width, Usage).
     `root` is the folder holding the split folder, or the split folder itself. Modality is left to the builder."""
-    from . import kaggle  # the lead's reader; imported here so this module loads without it
 
     split_dir = _kaggle_split_dir(Path(root), split)
     ids = kaggle.list_ids(split_dir)
@@ -343,14 +335,12 @@ def read_kaggle(root: str | Path, split: str = "stage1_train",
             masks = kaggle.masks_dir(split_dir, image_id)
             if not masks.is_dir():
                 raise DataError(f"{masks}: no masks for {split} image {image_id}; a test split needs solution_csv")
-            result = kaggle.read_kaggle_label(masks, image.shape[:2])
-            label = result[0] if isinstance(result, tuple) else result
+            label, _ = kaggle.read_kaggle_label(masks, image.shape[:2])
             yield Sample(image, relabel(label), "kaggle", image_id, None)
         return
 
     import pandas as pd
 
-    from ..rle import rles_to_label  # written in parallel; imported lazily
 
     solution_csv = Path(solution_csv)
     if not solution_csv.is_file():

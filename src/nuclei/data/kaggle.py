@@ -30,13 +30,15 @@ class LabelReport:
     n_empty_masks: int = 0
 
 
-def _imread(path: Path) -> np.ndarray:
+def imread(path: Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
+    """Decode an image file with OpenCV, or raise DataError naming the file (missing, corrupt, truncated)."""
+    path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     data = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    image = cv2.imdecode(data, flags) if data.size else None
     if image is None:
-        raise DataError(f"{path}: not a readable image (corrupt or truncated file)")
+        raise DataError(f"{path}: not a readable image (corrupt, truncated or unsupported compression)")
     return image
 
 
@@ -62,7 +64,7 @@ def to_rgb_uint8(image: np.ndarray, path: Path | str = "<array>") -> np.ndarray:
 
 def read_kaggle_image(path: str | Path) -> np.ndarray:
     path = Path(path)
-    image = _imread(path)
+    image = imread(path)
     h, w = image.shape[:2]
     if h * w > MAX_PIXELS:
         raise DataError(f"{path}: image of {h}x{w} pixels is larger than the {MAX_PIXELS} pixels this reader accepts")
@@ -85,7 +87,7 @@ def read_kaggle_label(masks_dir: str | Path, shape: tuple[int, int]) -> tuple[np
     report = LabelReport()
     next_id = 1
     for path in files:
-        mask = _imread(path)
+        mask = imread(path)
         if mask.ndim == 3:  # a colour mask is on where any colour is; its alpha (often constant 255) says nothing
             mask = mask[..., : 1 if mask.shape[2] == 2 else 3].max(axis=2)
         if mask.shape != tuple(shape):

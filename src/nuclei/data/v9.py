@@ -24,6 +24,7 @@ from ..errors import DataError
 from .cache import IMAGE_SUFFIXES, write_image, write_index, write_label
 from .cropper import crop_tiles, rescale_sample, scale_to_target
 from .external import Sample, read_source
+from .modality import image_type
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,6 @@ def _fold_of(sample: Sample, spec: dict, v1_folds: dict[str, int], n_folds: int)
 
 def _modality(sample: Sample) -> str:
     if sample.modality is None:
-        from .modality import image_type  # the lead's tagger; imported here so this module loads without it
 
         sample.modality = image_type(sample.image)
     return sample.modality
