@@ -66,11 +66,11 @@ def build_train_augment(aug: dict) -> A.Compose:
     return A.Compose(crop_transforms(aug) + geometric_transforms(aug) + colour_transforms(aug))
 
 
-def merge_overrides(aug: dict, overrides: dict, kind: str) -> dict:
-    """The augment section with one image type's overrides (`augment.by_type.<kind>`) laid over it."""
-    merged = {k: v for k, v in aug.items() if k != "by_type"}
+def merge_overrides(base: dict, overrides: dict, kind: str) -> dict:
+    """The augment section (without `by_type`) with one image type's overrides (`augment.by_type.<kind>`) laid over it."""
+    merged = dict(base)
     for key, value in overrides.items():
-        if key not in merged or key == "by_type":
+        if key not in merged:
             raise ConfigError(f"augment.by_type.{kind}: unknown key '{key}'")
         merged[key] = {**merged[key], **value} if isinstance(merged[key], dict) and isinstance(value, dict) else value
     return merged

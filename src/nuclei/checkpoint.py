@@ -37,11 +37,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
-    """The trained model (eval mode) and the config it was trained with."""
+    """The trained model (eval mode) and the input normalisation it was trained with, from one read of the file."""
     from .models.build import build_model
 
     state = load_checkpoint(path, device)
     model_cfg = dict(state["config"]["model"], encoder_weights=None)  # the weights come from the checkpoint
     model = build_model(model_cfg)
     model.load_state_dict(state["model"])
-    return model.to(device).eval(), state["config"]
+    return model.to(device).eval(), state["input"]

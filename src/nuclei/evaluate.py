@@ -180,7 +180,7 @@ def evaluate_sources(cfg: dict, specs: list[dict], out_dir: Path, max_images: in
 def external_oof(cfg: dict, out_dir: Path) -> pd.DataFrame | None:
     """OOF on the whole external images that V1+V9 training used: each image is scored only by the fold model
     that never saw any crop of it (folds by source image, as `build_v9` assigned them). None without such sources."""
-    from .checkpoint import load_checkpoint, load_model
+    from .checkpoint import load_model
     from .data.v9 import group_fold
     from .train import resolve_device
 
@@ -202,8 +202,8 @@ def external_oof(cfg: dict, out_dir: Path) -> pd.DataFrame | None:
         if not samples:
             continue
         checkpoint = exp_dir / f"fold{fold}.pt"
-        model, _ = load_model(checkpoint, device)
-        label_fn = model_label_fn([model], load_checkpoint(checkpoint)["input"], device, global_params, by_type,
+        model, saved_input = load_model(checkpoint, device)
+        label_fn = model_label_fn([model], saved_input, device, global_params, by_type,
                                   tta=cfg["infer"]["tta"], scales=cfg["infer"]["scales"], amp=amp_dtype(cfg, device))
         frames.append(score_samples(samples, label_fn).assign(fold=fold))
     if not frames:

@@ -171,6 +171,7 @@ def _predict_scale(
     for image in images:
         pad, pads = pad_to_multiple(_resize(image, scaled_h, scaled_w), 32)
         padded.append(pad.transpose(2, 0, 1))
+    # Same-sized images get the same padding, so the last `pads` serves them all.
     x = torch.from_numpy(np.ascontiguousarray(np.stack(padded))).to(device=device, dtype=torch.float32)
     probs = crop_padding(_forward_tta(model, x, transforms, max_batch, amp_dtype), pads).cpu().numpy()
     return [np.ascontiguousarray(_resize(p.transpose(1, 2, 0), height, width).transpose(2, 0, 1)) for p in probs]

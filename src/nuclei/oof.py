@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from .atomic import atomic_write_text
-from .checkpoint import load_checkpoint, load_model
+from .checkpoint import load_model
 from .data.cache import CachedDataset
 from .folds import read_folds
 from .infer import load_probs, predict_probs, save_probs
@@ -72,8 +72,7 @@ def predict_oof(cfg: dict, exp_dir: Path) -> Path:
         if not ids:
             continue
         checkpoint = exp_dir / f"fold{fold}.pt"
-        model, _ = load_model(checkpoint, device)
-        saved_input = load_checkpoint(checkpoint)["input"]
+        model, saved_input = load_model(checkpoint, device)
         for image_id in tqdm(ids, desc=f"oof fold {fold}", unit="img"):
             x = image_input(cache.image(image_id), kinds[image_id], saved_input)
             probs = predict_probs([model], x, tta=cfg["infer"]["tta"], scales=cfg["infer"]["scales"], device=device,

@@ -70,8 +70,9 @@ def plot_leaderboard(board: pd.DataFrame, path: str | Path) -> Path:
     times = pd.to_datetime(board["time"])
     plotted = False
     for column in ("oof_map", "local_score", "public_score", "private_score"):
-        if column in board and pd.to_numeric(board[column], errors="coerce").notna().any():
-            ax.plot(times, pd.to_numeric(board[column], errors="coerce"), marker="o", label=column)
+        scores = pd.to_numeric(board[column], errors="coerce") if column in board else None
+        if scores is not None and scores.notna().any():
+            ax.plot(times, scores, marker="o", label=column)
             plotted = True
     ax.set(xlabel="submission time", ylabel="mAP", title="submissions")
     if plotted:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint, load_model
+from .checkpoint import load_model
 from .data.cache import CachedDataset, write_label
 from .data.kaggle import read_kaggle_image
 from .data.modality import image_type
@@ -35,8 +35,8 @@ def fold_models(cfg: dict, exp_dir: Path, device):
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise DataError(f"missing checkpoints {missing}: run the train stage first")
-    models = [load_model(p, device)[0] for p in paths]
-    return models, load_checkpoint(paths[0])["input"]
+    loaded = [load_model(p, device) for p in paths]
+    return [model for model, _ in loaded], loaded[0][1]
 
 
 def _max_batch(cfg: dict, height: int, width: int) -> int:
@@ -82,12 +82,12 @@ def predict_test(cfg: dict) -> Path:
     if todo:
         device = resolve_device(cfg["train"]["device"])
         models, saved_input = fold_models(cfg, exp_dir, device)
-        kinds = cache.index.set_index("image_id")["type"]
+        index = cache.index.set_index("image_id")
+        kinds = index["type"]
         # The rescale's first pass needs labels to measure nuclei; probabilities are stored at the original size.
         target = resolve_target_diameter(cfg) if cfg["infer"]["size_rescale"] else None
         global_params, by_type = resolve_params(cfg, exp_dir)
         if target is None:  # same-sized images share forward passes: all their TTA variants in one batch
-            index = cache.index.set_index("image_id")
             shapes = {i: (int(index.at[i, "height"]), int(index.at[i, "width"])) for i in todo}
             n_tta = len(tta_transforms(cfg["infer"]["tta"]))
             batches = same_size_batches(todo, shapes, lambda h, w: _max_batch(cfg, h, w) // n_tta)
